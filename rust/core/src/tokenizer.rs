@@ -1,0 +1,236 @@
+//! Tokenization through the `tokenizers` crate, from the same `tokenizer.json` transformers
+//! loads, plus an exact speed-up for SentencePiece-style BPE vocabularies.
+//!
+//! Metaspace BPE tokenizers (Mistral, Llama 2) see a whole text as one "word", so BPE runs over
+//! thousands of characters and its per-word cache never hits. When no vocabulary entry has a `▁`
+//! right after another character, no merge can ever cross the boundary before such a `▁`:
+//! splitting the text there and running BPE on each piece gives the same tokens, and the pieces
+//! (words) repeat, so the BPE cache serves most of them. `PieceSplit` adds that split after the
+//! tokenizer's own pre-tokenizer; it is enabled only when the vocabulary check at load proves it
+//! exact.
+
+use std::str::FromStr;
+
+use tokenizers::models::ModelWrapper;
+use tokenizers::pattern::Pattern;
+use tokenizers::{
+    DecoderWrapper, NormalizerWrapper, Offsets, PostProcessorWrapper, PreTokenizedString, PreTokenizer,
+    PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer, TokenizerBuilder, TokenizerImpl,
+};
+
+use crate::error::SetupError;
+
+const METASPACE: char = '▁';
+/// Words cached per thread once pieces are split: a corpus's distinct words, with room to spare.
+const PIECE_CACHE_CAPACITY: usize = 500_000;
+
+/// The tokenizer's own pre-tokenizer, then (optionally) a split before every `▁` that follows
+/// another character.
+#[derive(Clone)]
+pub struct PieceSplit {
+    inner: Option<PreTokenizerWrapper>,
+    split_pieces: bool,
+}
+
+struct MetaspaceBoundaries;
+
+impl Pattern for MetaspaceBoundaries {
+    fn find_matches(&self, inside: &str) -> tokenizers::Result<Vec<(Offsets, bool)>> {
+        // Each `▁` preceded by a non-`▁` character is a "match"; MergedWithNext glues it to the
+        // text after it, so pieces start at those `▁`.
+        let mut out = Vec::new();
+        let mut last = 0;
+        let mut prev: Option<char> = None;
+        for (i, c) in inside.char_indices() {
+            if c == METASPACE && prev.is_some_and(|p| p != METASPACE) {
+                if last < i {
+                    out.push(((last, i), false));
+                }
+                out.push(((i, i + c.len_utf8()), true));
+                last = i + c.len_utf8();
+            }
+            prev = Some(c);
+        }
+        if last < inside.len() {
+            out.push(((last, inside.len()), false));
+        }
+        Ok(out)
+    }
+}
+
+impl PreTokenizer for PieceSplit {
+    fn pre_tokenize(&self, pretokenized: &mut PreTokenizedString) -> tokenizers::Result<()> {
+        if let Some(inner) = &self.inner {
+            inner.pre_tokenize(pretokenized)?;
+        }
+        if self.split_pieces {
+            pretokenized.split(|_, normalized| normalized.split(MetaspaceBoundaries, SplitDelimiterBehavior::MergedWithNext))?;
+        }
+        Ok(())
+    }
+}
+
+type Inner = TokenizerImpl<ModelWrapper, NormalizerWrapper, PieceSplit, PostProcessorWrapper, DecoderWrapper>;
+
+/// Token ids with the byte span of the input each token came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Tokens {
+    pub ids: Vec<u32>,
+    pub offsets: Vec<(usize, usize)>,
+}
+
+/// A loaded `tokenizer.json`.
+pub struct TextTokenizer {
+    inner: Inner,
+    piece_split: bool,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer").field("piece_split", &self.piece_split).finish()
+    }
+}
+
+/// Whether splitting before each `▁` that follows another character is exact for this model:
+/// a BPE without dropout whose vocabulary has `▁` and no token with `x▁` (x ≠ `▁`) inside.
+pub fn piece_split_is_exact(model: &ModelWrapper) -> bool {
+    let ModelWrapper::BPE(bpe) = model else { return false };
+    // Dropout is random; a word prefix or suffix would attach to every piece instead of every word.
+    if bpe.dropout.is_some() || bpe.continuing_subword_prefix.is_some() || bpe.end_of_word_suffix.is_some() {
+        return false;
+    }
+    let vocab = bpe.get_vocab();
+    if !vocab.contains_key(&METASPACE.to_string()) {
+        return false;
+    }
+    vocab.keys().all(|token| {
+        let mut prev: Option<char> = None;
+        for c in token.chars() {
+            if c == METASPACE && prev.is_some_and(|p| p != METASPACE) {
+                return false;
+            }
+            prev = Some(c);
+        }
+        true
+    })
+}
+
+impl TextTokenizer {
+    /// Loads the contents of a `tokenizer.json`. `piece_split`: `None` enables the exact piece
+    /// split when the vocabulary allows it; `Some(false)` never; `Some(true)` demands it.
+    pub fn from_json(json: &str, piece_split: Option<bool>) -> Result<Self, SetupError> {
+        let tok = Tokenizer::from_str(json).map_err(|e| SetupError::Tokenizer(e.to_string()))?;
+        let exact = piece_split_is_exact(tok.get_model());
+        let piece_split = match piece_split {
+            None => exact,
+            Some(false) => false,
+            Some(true) if exact => true,
+            Some(true) => {
+                return Err(SetupError::Tokenizer(
+                    "piece splitting was requested but is not exact for this vocabulary".into(),
+                ))
+            }
+        };
+        let mut model = tok.get_model().clone();
+        if piece_split {
+            if let ModelWrapper::BPE(bpe) = &mut model {
+                bpe.resize_cache(PIECE_CACHE_CAPACITY);
+            }
+        }
+        // transformers encodes with truncation and padding off unless asked; so do we.
+        let inner: Inner = TokenizerBuilder::new()
+            .with_model(model)
+            .with_normalizer(tok.get_normalizer().cloned())
+            .with_pre_tokenizer(Some(PieceSplit { inner: tok.get_pre_tokenizer().cloned(), split_pieces: piece_split }))
+            .with_post_processor(tok.get_post_processor().cloned())
+            .with_decoder(tok.get_decoder().cloned())
+            .with_added_vocabulary(tok.get_added_vocabulary().clone())
+            .with_truncation(None)
+            .with_padding(None)
+            .build()
+            .map_err(|e| SetupError::Tokenizer(e.to_string()))?;
+        Ok(Self { inner, piece_split })
+    }
+
+    pub fn piece_split(&self) -> bool {
+        self.piece_split
+    }
+
+    /// Ids and byte offsets of `text`, like `tokenizer(text, add_special_tokens=...)`.
+    pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Tokens, String> {
+        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| e.to_string())?;
+        Ok(Tokens { ids: enc.get_ids().to_vec(), offsets: enc.get_offsets().to_vec() })
+    }
+
+    /// Ids only: skips offset bookkeeping.
+    pub fn encode_ids(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String> {
+        let enc = self.inner.encode_fast(text, add_special_tokens).map_err(|e| e.to_string())?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Ids of many texts, in parallel on the alignlib pool.
+    pub fn encode_batch_ids(&self, texts: &[String], add_special_tokens: bool) -> Result<Vec<Vec<u32>>, String> {
+        use rayon::prelude::*;
+        crate::pool::pool().install(|| texts.par_iter().map(|t| self.encode_ids(t, add_special_tokens)).collect())
+    }
+
+    pub fn token_to_id(&self, token: &str) -> Option<u32> {
+        self.inner.token_to_id(token)
+    }
+
+    pub fn id_to_token(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.inner.get_vocab_size(true)
+    }
+
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, String> {
+        self.inner.decode(ids, skip_special_tokens).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Metaspace BPE with merges that could cross a word boundary if the split were wrong.
+    fn metaspace_json(extra_token: Option<&str>) -> String {
+        let mut vocab = vec!["<unk>", "▁", "a", "b", "▁a", "▁b", "ab", "▁ab", "▁▁", "▁▁a"];
+        if let Some(t) = extra_token {
+            vocab.push(t);
+        }
+        let vocab: serde_json::Map<String, serde_json::Value> =
+            vocab.iter().enumerate().map(|(i, t)| (t.to_string(), serde_json::json!(i))).collect();
+        serde_json::json!({
+            "version": "1.0",
+            "added_tokens": [{"id": 0, "content": "<unk>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+            "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+            "pre_tokenizer": null,
+            "post_processor": null,
+            "decoder": null,
+            "model": {"type": "BPE", "unk_token": "<unk>", "fuse_unk": true, "byte_fallback": false, "vocab": vocab,
+                      "merges": [["▁", "a"], ["▁", "b"], ["a", "b"], ["▁a", "b"], ["▁", "▁"], ["▁▁", "a"]]}
+        })
+        .to_string()
+    }
+
+    #[test]
+    fn piece_split_is_enabled_only_when_exact() {
+        assert!(TextTokenizer::from_json(&metaspace_json(None), None).unwrap().piece_split());
+        // "a▁" would let a merge cross the boundary before `▁`.
+        assert!(!TextTokenizer::from_json(&metaspace_json(Some("a▁")), None).unwrap().piece_split());
+        assert!(TextTokenizer::from_json(&metaspace_json(Some("a▁")), Some(true)).is_err());
+    }
+
+    #[test]
+    fn piece_split_gives_the_same_tokens_and_offsets() {
+        let json = metaspace_json(None);
+        let fast = TextTokenizer::from_json(&json, None).unwrap();
+        let plain = TextTokenizer::from_json(&json, Some(false)).unwrap();
+        for text in ["ab ab  a b", " a", "a  ab b ", "abab ab", "", "  "] {
+            assert_eq!(fast.encode(text, false).unwrap(), plain.encode(text, false).unwrap(), "{text:?}");
+        }
+    }
+}

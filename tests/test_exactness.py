@@ -70,12 +70,15 @@ def test_plain_text_encoding_matches(tokenizer_pair, corpus):
 
 
 def test_piece_split_is_exact_on_the_mistral_vocabulary(mistral_dir, corpus):
-    """The per-piece cache is proven safe at load for Mistral's vocab, and changes no id."""
+    """The per-piece cache is proven safe at load for Mistral's vocab, and changes no id and no
+    offset (offsets decide which tokens an assistant span trains)."""
     fast = alignlib.Tokenizer.from_pretrained(mistral_dir)
     plain = alignlib.Tokenizer.from_pretrained(mistral_dir, piece_split=False)
-    assert fast.piece_split and not plain.piece_split
+    assert fast.piece_split and fast.fast_path and not plain.piece_split and not plain.fast_path
     texts = [fast.apply_chat_template(c) for c in corpus]
     assert fast.encode_batch(texts, add_special_tokens=False) == plain.encode_batch(texts, add_special_tokens=False)
+    for text in texts[:300]:
+        assert fast.encode_with_offsets(text, False) == plain.encode_with_offsets(text, False)
 
 
 def reference_labels(hf, messages: list[dict[str, str]]) -> list[int]:

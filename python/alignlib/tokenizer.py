@@ -165,6 +165,11 @@ class Tokenizer:
         return self._native.piece_split
 
     @property
+    def fast_path(self) -> bool:
+        """Whether the direct cached encoder (no per-call normalization bookkeeping) is active."""
+        return self._native.fast_path
+
+    @property
     def vocab_size(self) -> int:
         return self._native.vocab_size()
 
@@ -221,4 +226,5 @@ class Tokenizer:
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
     def __repr__(self) -> str:
-        return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size}, piece_split={self.piece_split})"
+        return (f"Tokenizer({self.name!r}, vocab_size={self.vocab_size}, piece_split={self.piece_split}, "
+                f"fast_path={self.fast_path})")

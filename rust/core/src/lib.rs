@@ -5,6 +5,7 @@
 pub mod columns;
 pub mod error;
 pub mod pack;
+pub mod piece_cache;
 pub mod pool;
 pub mod prefs;
 pub mod sft;

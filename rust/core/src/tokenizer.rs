@@ -14,11 +14,12 @@ use std::str::FromStr;
 use tokenizers::models::ModelWrapper;
 use tokenizers::pattern::Pattern;
 use tokenizers::{
-    DecoderWrapper, NormalizerWrapper, Offsets, PostProcessorWrapper, PreTokenizedString, PreTokenizer,
+    DecoderWrapper, NormalizerWrapper, Offsets, PostProcessor, PostProcessorWrapper, PreTokenizedString, PreTokenizer,
     PreTokenizerWrapper, SplitDelimiterBehavior, Tokenizer, TokenizerBuilder, TokenizerImpl,
 };
 
 use crate::error::SetupError;
+use crate::piece_cache::PieceEncoder;
 
 const METASPACE: char = '▁';
 /// Words cached per thread once pieces are split: a corpus's distinct words, with room to spare.
@@ -83,6 +84,10 @@ pub struct Tokens {
 pub struct TextTokenizer {
     inner: Inner,
     piece_split: bool,
+    /// The direct cached encoder, when this tokenizer's pipeline allows it (see piece_cache.rs).
+    fast: Option<PieceEncoder>,
+    /// Whether `add_special_tokens=true` adds nothing (no post-processor tokens).
+    post_adds_nothing: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -149,7 +154,22 @@ impl TextTokenizer {
             .with_padding(None)
             .build()
             .map_err(|e| SetupError::Tokenizer(e.to_string()))?;
-        Ok(Self { inner, piece_split })
+        let fast = if piece_split { PieceEncoder::new(&tok) } else { None };
+        let post_adds_nothing = match tok.get_post_processor() {
+            None => true,
+            Some(PostProcessorWrapper::Template(t)) => t.added_tokens(false) == 0,
+            Some(_) => false,
+        };
+        Ok(Self { inner, piece_split, fast, post_adds_nothing })
+    }
+
+    /// Whether the direct cached encoder serves this tokenizer.
+    pub fn fast_path(&self) -> bool {
+        self.fast.is_some()
+    }
+
+    fn fast_for(&self, add_special_tokens: bool) -> Option<&PieceEncoder> {
+        self.fast.as_ref().filter(|_| !add_special_tokens || self.post_adds_nothing)
     }
 
     pub fn piece_split(&self) -> bool {
@@ -158,12 +178,22 @@ impl TextTokenizer {
 
     /// Ids and byte offsets of `text`, like `tokenizer(text, add_special_tokens=...)`.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Tokens, String> {
+        if let Some(fast) = self.fast_for(add_special_tokens) {
+            let mut tokens = Tokens::default();
+            fast.encode(text, &mut tokens.ids, Some(&mut tokens.offsets))?;
+            return Ok(tokens);
+        }
         let enc = self.inner.encode(text, add_special_tokens).map_err(|e| e.to_string())?;
         Ok(Tokens { ids: enc.get_ids().to_vec(), offsets: enc.get_offsets().to_vec() })
     }
 
     /// Ids only: skips offset bookkeeping.
     pub fn encode_ids(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>, String> {
+        if let Some(fast) = self.fast_for(add_special_tokens) {
+            let mut ids = Vec::new();
+            fast.encode(text, &mut ids, None)?;
+            return Ok(ids);
+        }
         let enc = self.inner.encode_fast(text, add_special_tokens).map_err(|e| e.to_string())?;
         Ok(enc.get_ids().to_vec())
     }
@@ -222,6 +252,31 @@ mod tests {
         // "a▁" would let a merge cross the boundary before `▁`.
         assert!(!TextTokenizer::from_json(&metaspace_json(Some("a▁")), None).unwrap().piece_split());
         assert!(TextTokenizer::from_json(&metaspace_json(Some("a▁")), Some(true)).is_err());
+    }
+
+    #[test]
+    fn the_direct_encoder_matches_the_crate_pipeline() {
+        let mut json: serde_json::Value = serde_json::from_str(&metaspace_json(None)).unwrap();
+        json["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": [
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
+        json["model"]["byte_fallback"] = serde_json::json!(true);
+        let vocab = json["model"]["vocab"].as_object_mut().unwrap();
+        for b in 0..=255u32 {
+            let n = vocab.len();
+            vocab.insert(format!("<0x{b:02X}>"), serde_json::json!(n));
+        }
+        let n = vocab.len();
+        vocab.insert("</s>".into(), serde_json::json!(n));
+        json["added_tokens"].as_array_mut().unwrap().push(serde_json::json!(
+            {"id": n, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
+        let json = json.to_string();
+        let fast = TextTokenizer::from_json(&json, None).unwrap();
+        let plain = TextTokenizer::from_json(&json, Some(false)).unwrap();
+        assert!(fast.fast_path() && !plain.fast_path());
+        for text in ["ab ab  a b", " a", "a  ab b ", "abab</s> ab", "", "  ", "a▁b ▁ab", "é ab ü", "</s></s>a", "ab\n\n  ab"] {
+            assert_eq!(fast.encode(text, false).unwrap(), plain.encode(text, false).unwrap(), "{text:?}");
+            assert_eq!(fast.encode(text, false).unwrap(), fast.encode(text, false).unwrap(), "cached {text:?}");
+        }
     }
 
     #[test]

@@ -180,6 +180,11 @@ impl NativeTokenizer {
     }
 
     #[getter]
+    fn fast_path(&self) -> bool {
+        self.inner.text.fast_path()
+    }
+
+    #[getter]
     fn has_chat_template(&self) -> bool {
         self.inner.template.is_some()
     }

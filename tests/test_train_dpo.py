@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from helpers_train import dpo_table, tiny_llama
 
 from alignlib.engines import CausalLMLogprobs
+from alignlib.losses import LOSS_TYPES
 from alignlib.train import DPOConfig, train_dpo
 from alignlib.train.batching import collate, dpo_documents
 from alignlib.train.dpo import model_fingerprint, sequence_logps, table_fingerprint
@@ -109,3 +110,113 @@ def test_frozen_reference_gives_the_same_training_as_precomputed(tmp_path):
         np.testing.assert_allclose([m[key] for m in frozen.train_metrics], [m[key] for m in pre.train_metrics],
                                    rtol=1e-4, atol=1e-5)
     assert abs(pre.train_metrics[-1]["rewards/margins"]) > 1e-3  # the policy moved away from the reference
+
+
+# --- every loss type of alignlib.losses, with the inputs TRL gives it ------------------------------------------
+
+
+def hf_pair_logps(model, table, rows):
+    """From full HF logits, one sequence at a time: per-pair completion log-prob sums and token counts
+    (chosen, rejected), and the token log-probs of the chosen completions and of the whole chosen sequences
+    (prompt and completion, as ORPO's NLL sees them)."""
+    sums, counts = {"chosen": [], "rejected": []}, {"chosen": [], "rejected": []}
+    completion_tokens, sequence_tokens = [], []
+    with torch.no_grad():
+        for row in rows:
+            prompt = table["prompt_ids"][row].to_list()
+            for side in ("chosen", "rejected"):
+                completion = table[f"{side}_ids"][row].to_list()
+                ids = torch.tensor(prompt + completion)
+                token_logps = model(ids[None]).logits[0, :-1].double().log_softmax(-1).gather(-1, ids[1:, None])[:, 0]
+                sums[side].append(token_logps[len(prompt) - 1 :].sum())
+                counts[side].append(len(completion))
+                if side == "chosen":
+                    completion_tokens.append(token_logps[len(prompt) - 1 :])
+                    sequence_tokens.append(token_logps)
+    return ({side: torch.stack(v) for side, v in sums.items()},
+            {side: torch.tensor(v, dtype=torch.float64) for side, v in counts.items()},
+            torch.cat(completion_tokens), torch.cat(sequence_tokens))
+
+
+def expected_first_loss(config: DPOConfig, policy, counts, completion_tokens, sequence_tokens,
+                        ref=None) -> tuple[float, float]:
+    """(loss, logps/chosen) of TRL 1.16's formulas, written out: DPOTrainer (sigmoid, ipo, + rpo_alpha NLL),
+    CPOTrainer (simpo, + cpo_alpha NLL) and ORPOTrainer (NLL over prompt+completion minus beta·log σ(log-odds))."""
+    beta, t = config.beta, config.loss_type
+    if t in ("sigmoid", "ipo"):
+        c, r = policy["chosen"] - ref["chosen"], policy["rejected"] - ref["rejected"]
+        if t == "sigmoid":
+            losses = -F.logsigmoid(beta * (c - r))
+        else:
+            losses = (c / counts["chosen"] - r / counts["rejected"] - 1 / (2 * beta)) ** 2
+        return (losses.mean() - config.rpo_alpha * completion_tokens.mean()).item(), policy["chosen"].mean().item()
+    c, r = policy["chosen"] / counts["chosen"], policy["rejected"] / counts["rejected"]
+    if t == "simpo":
+        x, eps = beta * (c - r) - config.simpo_gamma, config.label_smoothing
+        losses = -(1 - eps) * F.logsigmoid(x) - eps * F.logsigmoid(-x)
+        return (losses.mean() - config.cpo_alpha * completion_tokens.mean()).item(), c.mean().item()
+    assert t == "orpo"
+    log_odds = (c - r) - (torch.log1p(-torch.exp(c)) - torch.log1p(-torch.exp(r)))
+    return (-sequence_tokens.mean() - (beta * F.logsigmoid(log_odds)).mean()).item(), c.mean().item()
+
+
+@pytest.mark.parametrize("loss_type,extra", [
+    ("sigmoid", {}), ("sigmoid", {"rpo_alpha": 0.5}), ("ipo", {}),
+    ("simpo", {"simpo_gamma": 0.3, "label_smoothing": 0.1, "cpo_alpha": 0.5}), ("simpo", {"packing": False}),
+    ("orpo", {}), ("orpo", {"packing": False}),
+])
+def test_first_step_loss_matches_trl_formulas_on_independent_logps(tmp_path, loss_type, extra):
+    # 4 pairs as 2 micro-batches of 2: per-pair means and token-pooled NLLs span the whole global batch.
+    table = dpo_table(4, seed=6)
+    config = quick(tmp_path, loss_type=loss_type, max_steps=1, micro_batch_size=2, gradient_accumulation_steps=2,
+                   **extra)
+    model = tiny_llama()
+    policy, counts, completion_tokens, sequence_tokens = hf_pair_logps(model.eval(), table, range(4))
+    ref = ref_model = None
+    if loss_type in ("sigmoid", "ipo"):  # a reference unlike the policy, so the log-ratios are not all 0
+        ref_model = tiny_llama(seed=1)
+        ref = hf_pair_logps(ref_model.eval(), table, range(4))[0]
+    loss, logps_chosen = expected_first_loss(config, policy, counts, completion_tokens, sequence_tokens, ref)
+    m = train_dpo(table, model, config, ref_model=ref_model, output_dir=str(tmp_path / "run")).train_metrics[0]
+    assert m["loss"] == pytest.approx(loss, abs=1e-5)
+    assert m["logps/chosen"] == pytest.approx(logps_chosen, abs=1e-5)
+
+
+@pytest.mark.parametrize("loss_type", LOSS_TYPES)
+def test_every_loss_type_trains_with_a_finite_loss(tmp_path, loss_type):
+    config = quick(tmp_path, loss_type=loss_type, max_steps=3, label_smoothing=1e-3 if loss_type == "exo_pair" else 0.0)
+    result = train_dpo(dpo_table(12, seed=7), tiny_llama(), config, output_dir=str(tmp_path / "run"),
+                       eval_table=dpo_table(3, seed=8))
+    assert len(result.train_metrics) == 3
+    for m in result.train_metrics + result.eval_metrics:
+        assert np.isfinite([m["loss"], m["rewards/margins"], m["logps/chosen"]]).all(), m
+    assert all(np.isfinite(m["grad_norm"]) for m in result.train_metrics)
+    if loss_type in ("simpo", "orpo"):  # reference-free: nothing precomputed, no reference at all
+        assert result.report["reference"] is None and not (tmp_path / "ref_cache").exists()
+        assert all(m["logps/chosen"] < 0 for m in result.train_metrics)
+
+
+def test_reference_free_losses_build_no_reference_and_reject_a_ref_model(tmp_path, monkeypatch):
+    import alignlib.train.dpo as dpo
+
+    monkeypatch.setattr(dpo, "Reference", lambda *a, **k: pytest.fail("a reference-free loss built a reference"))
+    for precompute in (True, False):
+        train_dpo(dpo_table(4), tiny_llama(), quick(tmp_path, loss_type="orpo", max_steps=1,
+                                                    precompute_ref_log_probs=precompute),
+                  output_dir=str(tmp_path / f"run-{precompute}"))
+    with pytest.raises(ValueError, match="reference-free"):
+        train_dpo(dpo_table(4), tiny_llama(), quick(tmp_path, loss_type="simpo"), ref_model=tiny_llama(1),
+                  output_dir=str(tmp_path / "b"))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"loss_type": "dpo"}, "unknown loss_type"),
+    ({"loss_type": "exo_pair"}, "label_smoothing > 0"),
+    ({"loss_type": "robust", "label_smoothing": 0.5}, r"\[0, 0.5\)"),
+    ({"loss_type": "sigmoid", "cpo_alpha": 1.0}, "cpo_alpha"),
+    ({"loss_type": "orpo", "rpo_alpha": 1.0}, "rpo_alpha"),
+    ({"loss_type": "simpo", "simpo_gamma": -1.0}, "simpo_gamma"),
+])
+def test_dpo_config_rejects_inconsistent_loss_settings(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        DPOConfig(**overrides).validate()

@@ -101,9 +101,17 @@ class SFTConfig(TrainConfig):
 @dataclass
 class DPOConfig(TrainConfig):
     learning_rate: float = 5e-7
-    beta: float = 0.1
-    loss_type: str = "sigmoid"
-    label_smoothing: float = 0.0
+    beta: float = 0.1  # DPO's beta, IPO's tau, SimPO's beta, ORPO's lambda
+    loss_type: str = "sigmoid"  # one of alignlib.losses.LOSS_TYPES; "simpo" and "orpo" are reference-free
+    label_smoothing: float = 0.0  # robust, exo_pair (needs > 0), aot, aot_unpaired, simpo; ignored by the others
+    simpo_gamma: float = 0.5  # SimPO target reward margin (TRL CPOConfig.simpo_gamma)
+    # Weights of an NLL term on the chosen completions (mean over their tokens in the global batch), added to
+    # the preference loss. cpo_alpha: simpo only, CPO-SimPO (TRL CPOConfig.cpo_alpha, whose default is 1.0;
+    # 0.0 here is plain SimPO). rpo_alpha: DPO-family losses only, RPO (TRL 1.16 spells it
+    # loss_type=["sigmoid", "sft"], loss_weights=[1, rpo_alpha]). ORPO always adds its NLL, with weight 1,
+    # over the chosen prompt *and* completion tokens, as TRL's ORPOTrainer does.
+    cpo_alpha: float = 0.0
+    rpo_alpha: float = 0.0
     # True: reference log-probs computed once before training (from ref_model, or from the
     # initial policy when ref_model is None) and cached on disk; False: a frozen copy runs each step.
     precompute_ref_log_probs: bool = True
@@ -111,8 +119,26 @@ class DPOConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
+        from alignlib.losses import LOSS_TYPES
+
         if self.beta <= 0:
             raise ValueError("beta must be > 0")
+        if self.loss_type not in LOSS_TYPES:
+            raise ValueError(f"unknown loss_type {self.loss_type!r}; expected one of {list(LOSS_TYPES)}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError("label_smoothing must be in [0, 1)")
+        if self.loss_type == "robust" and self.label_smoothing >= 0.5:
+            raise ValueError("loss_type='robust' needs label_smoothing in [0, 0.5)")
+        if self.loss_type == "exo_pair" and self.label_smoothing == 0.0:
+            raise ValueError("loss_type='exo_pair' needs label_smoothing > 0 (the EXO paper uses 1e-3)")
+        if self.simpo_gamma < 0:
+            raise ValueError("simpo_gamma must be >= 0")
+        if self.cpo_alpha < 0 or self.rpo_alpha < 0:
+            raise ValueError("cpo_alpha and rpo_alpha must be >= 0")
+        if self.cpo_alpha and self.loss_type != "simpo":
+            raise ValueError("cpo_alpha applies to loss_type='simpo' only")
+        if self.rpo_alpha and self.loss_type in ("simpo", "orpo"):
+            raise ValueError("rpo_alpha applies to the DPO-family (reference-based) loss types only")
 
 
 __all__ = ["TrainConfig", "SFTConfig", "DPOConfig"]

@@ -2,7 +2,18 @@
 
 Each micro-batch packs 2B documents, [prompt+chosen]×B then [prompt+rejected]×B, into one
 padding-free forward; sequence log-probs are per-document sums of completion-token log-probs.
-The loss is the mean of `alignlib.losses.dpo_loss` over the pairs of the global batch.
+The loss is the mean of `alignlib.losses.dpo_loss` over the pairs of the global batch. What each loss
+type is given follows TRL 1.16:
+
+* DPO family: summed log-probs of policy and reference, and the completion token counts (``ipo`` and
+  ``sigmoid_norm`` divide by them);
+* ``simpo`` and ``orpo``: reference-free, so no reference model runs and nothing is precomputed; they
+  get length-averaged log-probs (TRL's ``average_log_prob=True``).
+
+Some losses add an NLL term: ORPO's (weight 1, over the chosen prompt and completion tokens, as
+``ORPOTrainer`` computes it), CPO's ``cpo_alpha`` (simpo) or RPO's ``rpo_alpha`` (DPO family), both over
+the chosen completion tokens. TRL averages it over the tokens of a device micro-batch; here it is
+averaged over those of the global batch (the same with one micro-batch per step).
 
 Reference log-probs come from the initial policy (or `ref_model`) and are, by default,
 precomputed once before training and cached on disk under
@@ -17,6 +28,7 @@ logits: mean_v(h·W_v) = h·mean_v(W_v).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import os
 from collections.abc import Sequence
@@ -28,7 +40,8 @@ import torch
 from torch import nn
 
 from alignlib.engines import CausalLMLogprobs, Engine, build_engine
-from alignlib.train.batching import Batch, collate, dpo_documents, dpo_row_lengths, eval_shards
+from alignlib.losses import REFERENCE_FREE_LOSS_TYPES, dpo_loss
+from alignlib.train.batching import IGNORE, Batch, collate, dpo_documents, dpo_row_lengths, eval_shards
 from alignlib.train.config import DPOConfig
 from alignlib.train.session import Session, StepCallback, TrainResult
 from alignlib.train.sft import as_trainable_model, make_plan
@@ -53,25 +66,33 @@ def train_dpo(
     config.validate()
     torch.manual_seed(config.seed)
     model = as_trainable_model(model, config)
-    reference = Reference(model if ref_model is None else ref_model, config, policy_is_reference=ref_model is None)
+    reference = None
+    if config.loss_type in REFERENCE_FREE_LOSS_TYPES:
+        if ref_model is not None:
+            raise ValueError(f"loss_type={config.loss_type!r} is reference-free: it does not use ref_model")
+    else:
+        reference = Reference(model if ref_model is None else ref_model, config,
+                              policy_is_reference=ref_model is None)
     plan = make_plan(dpo_row_lengths(table), config)
     engine = build_engine(model, config, plan.total_steps)
-    # Before the session resumes: the reference is the *initial* policy.
-    reference.prepare(engine, table, eval_table)
+    if reference is not None:  # before the session resumes: the reference is the *initial* policy
+        reference.prepare(engine, table, eval_table)
     session = Session(method="dpo", engine=engine, config=config, output_dir=output_dir,
                       total_steps=plan.total_steps, callbacks=callbacks)
     engine.train()
 
     for step in session.steps:
         micro = plan.micro_batches(step, engine.rank)
-        batches = [collate(dpo_documents(table, rows), packing=config.packing) for rows in micro]
-        num_pairs, num_tokens = engine.all_reduce_sum(
-            [sum(len(rows) for rows in micro), sum(b.num_tokens for b in batches)]).tolist()
+        batches = [collate_pairs(table, rows, config) for rows in micro]
+        num_pairs, num_tokens, num_nll_tokens = engine.all_reduce_sum(
+            [sum(len(rows) for rows in micro), sum(b.num_tokens for b in batches),
+             sum(nll_targets(b).sum().item() for b in batches)]).tolist()
         learning_rate = engine.learning_rate()
         stats = Stats()
         for i, (rows, batch) in enumerate(zip(micro, batches)):
             with engine.accumulating(final=i == len(batches) - 1):
-                losses = pair_losses(engine, batch, reference.logps(engine, table, rows, batch), config, stats)
+                ref = reference.logps(engine, table, rows, batch) if reference else None
+                losses = pair_losses(engine, batch, ref, config, stats, num_pairs / max(num_nll_tokens, 1.0))
                 engine.backward(losses.sum() / num_pairs)
         grad_norm = engine.step()
         values = stats.reduce(engine, num_pairs)
@@ -81,8 +102,32 @@ def train_dpo(
             session.log_eval(step + 1, evaluate_dpo(engine, eval_table, reference, config))
 
     return session.finish(tokenizer=tokenizer, data_report=data_report,
-                          extra={"reference": {"precomputed": config.precompute_ref_log_probs,
-                                               "cache_files": reference.cache_files}})
+                          extra={"reference": None if reference is None else {
+                              "precomputed": config.precompute_ref_log_probs, "cache_files": reference.cache_files}})
+
+
+def collate_pairs(table: pl.DataFrame, rows: list[int], config: DPOConfig) -> Batch:
+    """The micro-batch of pairs ``rows``; ``doc_ids`` mark completion targets.
+
+    For ORPO the chosen documents also carry targets on their prompt tokens, with ``doc_ids`` -1: its NLL
+    term covers them (TRL: "orpo chosen nll loss is computed over the full prompt and response").
+    """
+    docs = dpo_documents(table, rows)
+    batch = collate(docs, packing=config.packing)
+    if config.loss_type != "orpo":
+        return batch
+    for doc in docs[: len(docs) // 2]:
+        doc.labels = doc.input_ids.copy()
+    return dataclasses.replace(collate(docs, packing=config.packing), doc_ids=batch.doc_ids)
+
+
+def nll_targets(batch: Batch) -> torch.Tensor:
+    """Mask of the targets an NLL term trains: chosen completions (and, for ORPO, chosen prompts)."""
+    return (batch.targets != IGNORE) & (batch.doc_ids < batch.num_docs // 2)  # rejected docs: >= B
+
+
+def nll_weight(config: DPOConfig) -> float:
+    return {"orpo": 1.0, "simpo": config.cpo_alpha}.get(config.loss_type, config.rpo_alpha)
 
 
 def sequence_logps(logps: torch.Tensor, batch: Batch) -> torch.Tensor:
@@ -113,19 +158,28 @@ class Stats:
         return values
 
 
-def pair_losses(engine: Engine, batch: Batch, ref: tuple[torch.Tensor, torch.Tensor], config: DPOConfig,
-                stats: Stats) -> torch.Tensor:
-    from alignlib.losses import dpo_loss
-
+def pair_losses(engine: Engine, batch: Batch, ref: tuple[torch.Tensor, torch.Tensor] | None, config: DPOConfig,
+                stats: Stats, pairs_per_nll_token: float) -> torch.Tensor:
+    """Per-pair losses [B] of a micro-batch; only their sum matters (the loop divides it by the global pair
+    count). ``pairs_per_nll_token`` (global pairs / global NLL tokens) turns the NLL sum into such units."""
     logps, mean_logits = engine.forward(batch, mean_logits=True)
-    policy_c, policy_r = sequence_logps(logps, batch).chunk(2)
-    ref_c, ref_r = (r.to(policy_c.device, policy_c.dtype) for r in ref)
-    losses, chosen_r, rejected_r = dpo_loss(policy_c, policy_r, ref_c, ref_r, beta=config.beta,
-                                            loss_type=config.loss_type, label_smoothing=config.label_smoothing)
-    # Completion-token logit sums and counts, chosen then rejected (docs < B are chosen).
     valid = batch.doc_ids >= 0
     is_chosen = (batch.doc_ids < batch.num_docs // 2) & valid
     is_rejected = valid & ~is_chosen
+    policy = sequence_logps(logps, batch)
+    lengths = torch.bincount(batch.doc_ids[valid], minlength=batch.num_docs).to(policy)
+    if config.loss_type in REFERENCE_FREE_LOSS_TYPES:  # simpo, orpo: average per-token log-probs
+        policy = policy / lengths.clamp(min=1.0)
+    (policy_c, policy_r), (length_c, length_r) = policy.chunk(2), lengths.chunk(2)
+    ref_c, ref_r = (None, None) if ref is None else (r.to(policy.device, policy.dtype) for r in ref)
+    losses, chosen_r, rejected_r = dpo_loss(
+        policy_c, policy_r, ref_c, ref_r, beta=config.beta, loss_type=config.loss_type,
+        label_smoothing=config.label_smoothing, chosen_lengths=length_c, rejected_lengths=length_r,
+        simpo_gamma=config.simpo_gamma)
+    if weight := nll_weight(config):  # spread evenly over the pairs
+        nll = -logps[nll_targets(batch).to(logps.device)].sum()
+        losses = losses + weight * pairs_per_nll_token * nll / len(losses)
+    # Completion-token logit sums and counts, chosen then rejected (docs < B are chosen).
     m = mean_logits.cpu()
     logits = torch.stack([m[is_chosen].sum(), is_chosen.sum(), m[is_rejected].sum(), is_rejected.sum()])
     stats.add(losses, chosen_r, rejected_r, policy_c, policy_r, logits)
@@ -133,13 +187,18 @@ def pair_losses(engine: Engine, batch: Batch, ref: tuple[torch.Tensor, torch.Ten
 
 
 @torch.no_grad()
-def evaluate_dpo(engine: Engine, table: pl.DataFrame, reference: Reference, config: DPOConfig) -> dict[str, float]:
+def evaluate_dpo(engine: Engine, table: pl.DataFrame, reference: Reference | None,
+                 config: DPOConfig) -> dict[str, float]:
     engine.train(False)
     stats = Stats()
-    for rows in eval_shards(len(table), config.micro_batch_size, engine.world_size, engine.rank):
-        batch = collate(dpo_documents(table, rows if rows is not None else [0]), packing=config.packing)
+    shards = eval_shards(len(table), config.micro_batch_size, engine.world_size, engine.rank)
+    batches = [collate_pairs(table, rows or [0], config) for rows in shards]
+    num_nll_tokens = engine.all_reduce_sum(
+        float(sum(nll_targets(b).sum().item() for rows, b in zip(shards, batches) if rows is not None))).item()
+    for rows, batch in zip(shards, batches):
         scratch = Stats() if rows is None else stats  # padding forward for collective gathers: dropped
-        pair_losses(engine, batch, reference.logps(engine, table, rows or [0], batch), config, scratch)
+        ref = reference.logps(engine, table, rows or [0], batch) if reference else None
+        pair_losses(engine, batch, ref, config, scratch, len(table) / max(num_nll_tokens, 1.0))
     engine.train(True)
     return stats.reduce(engine, float(len(table)))
 

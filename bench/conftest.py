@@ -27,17 +27,20 @@ def record(group: str, who: str, seconds: float, tokens: int, **extra: float) ->
     RESULTS.setdefault(group, {})[who] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds, **extra}
 
 
-def timed(benchmark, fn, rounds: int):
-    """Runs `fn` `rounds` times under pytest-benchmark and returns (last result, best seconds)."""
+def timed(benchmark, fn, rounds: int, setup=None):
+    """Runs `fn` `rounds` times under pytest-benchmark and returns (last result, best seconds).
+    With `setup`, each round calls `fn(setup())` and only `fn` is timed (e.g. a fresh tokenizer
+    per round, so no round profits from a cache an earlier one filled)."""
     best = [float("inf")]
     result = [None]
 
-    def run():
+    def run(*args):
         start = time.perf_counter()
-        result[0] = fn()
+        result[0] = fn(*args)
         best[0] = min(best[0], time.perf_counter() - start)
 
-    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0)
+    pedantic_setup = (lambda: ((setup(),), {})) if setup is not None else None
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=0, setup=pedantic_setup)
     return result[0], best[0]
 
 

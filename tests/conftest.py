@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from alignlib.testing import CHATML, ZEPHYR, byte_level_bpe, mistral_tokenizer, with_template
+from alignlib.testing import CHATML, ZEPHYR, byte_level_bpe, mistral_hub_tokenizer, mistral_tokenizer, with_template
 
 
 @pytest.fixture(scope="session")
@@ -19,12 +19,14 @@ def tokenizer_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     bpe = byte_level_bpe(root)
     return {
         "zephyr-mistral": with_template(mistral, root / "zephyr-mistral", ZEPHYR),
+        # zephyr-7b-alpha's own files: a legacy LlamaTokenizer config that transformers rebuilds
+        "zephyr-7b-alpha-files": mistral_hub_tokenizer(root),
         "stablelm-zephyr-bpe": with_template(bpe, root / "stablelm-zephyr-bpe", ZEPHYR),
         "chatml-bpe": with_template(bpe, root / "chatml-bpe", CHATML, eos_token="<|im_end|>", pad_token="<|endoftext|>"),
     }
 
 
-@pytest.fixture(scope="session", params=["zephyr-mistral", "stablelm-zephyr-bpe", "chatml-bpe"])
+@pytest.fixture(scope="session", params=["zephyr-mistral", "zephyr-7b-alpha-files", "stablelm-zephyr-bpe", "chatml-bpe"])
 def tokenizer_pair(request: pytest.FixtureRequest, tokenizer_dirs: dict[str, Path]):
     """(transformers tokenizer, alignlib tokenizer) loaded from the same files."""
     from transformers import AutoTokenizer

@@ -46,6 +46,54 @@ def mistral_tokenizer(root: Path) -> Path:
     return out
 
 
+def mistral_hub_tokenizer(root: Path) -> Path:
+    """Mistral-7B-v0.1's tokenizer as its hub repo (and zephyr-7b-alpha's) ships it: a
+    `LlamaTokenizer` config with `legacy: true` and `add_bos_token: true`, and a tokenizer.json
+    whose normalizer prepends and replaces `▁`. transformers rebuilds that pipeline at load (a
+    Metaspace pre-tokenizer), which is what alignlib must match."""
+    import json
+
+    out = root / "mistral-hub"
+    if (out / "tokenizer.json").is_file():
+        return out
+    base = json.loads((mistral_tokenizer(root) / "tokenizer.json").read_text(encoding="utf-8"))
+    base["normalizer"] = {
+        "type": "Sequence",
+        "normalizers": [
+            {"type": "Prepend", "prepend": "▁"},
+            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
+        ],
+    }
+    base["pre_tokenizer"] = None
+    bos = {"SpecialToken": {"id": "<s>", "type_id": 0}}
+    base["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "<s>", "type_id": 1}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}},
+    }
+    base["decoder"] = {
+        "type": "Sequence",
+        "decoders": [
+            {"type": "Replace", "pattern": {"String": "▁"}, "content": " "},
+            {"type": "ByteFallback"},
+            {"type": "Fuse"},
+            {"type": "Strip", "content": " ", "start": 1, "stop": 0},
+        ],
+    }
+    config = {
+        "add_bos_token": True, "add_eos_token": False, "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": "</s>", "clean_up_tokenization_spaces": False, "legacy": True, "model_max_length": 32768,
+        "sp_model_kwargs": {}, "spaces_between_special_tokens": False, "tokenizer_class": "LlamaTokenizer",
+        "chat_template": ZEPHYR,
+    }
+    out.mkdir(parents=True)
+    (out / "tokenizer.json").write_text(json.dumps(base, ensure_ascii=False), encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    return out
+
+
 def byte_level_bpe(root: Path, vocab_size: int = 3000) -> Path:
     """A GPT-2 style byte-level BPE (like SmolLM's and StableLM's), trained on synthetic chats."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,55 @@ class Tokenizer:
     ) -> Tokenizer:
         """Loads a local HF tokenizer directory or a hub id. ``chat_template`` overrides the saved
         template. ``piece_split=None`` enables the exact per-piece cache when the vocabulary
-        proves it exact (checked at load), ``False`` disables it."""
+        proves it exact (checked at load), ``False`` disables it.
+
+        The files are read through ``transformers.AutoTokenizer``, because transformers may
+        rebuild a tokenizer's pipeline from its config when loading (e.g. Llama/Mistral
+        ``legacy`` tokenizers get a Metaspace pre-tokenizer instead of the file's normalizer):
+        the pipeline that transformers actually runs is the one alignlib compiles."""
         directory = _resolve_dir(name_or_path, revision)
+        try:
+            from transformers import AutoTokenizer
+
+            hf = AutoTokenizer.from_pretrained(str(directory))
+        except Exception as exc:  # e.g. a tokenizer class this transformers does not know
+            if not (directory / "tokenizer.json").is_file():
+                raise ConfigError(f"cannot load a tokenizer from {directory}: {exc}") from exc
+            warnings.warn(
+                f"transformers could not load {directory} ({type(exc).__name__}: {exc}); "
+                "reading tokenizer.json and tokenizer_config.json directly",
+                stacklevel=2,
+            )
+            return cls._from_files(directory, chat_template, piece_split, str(name_or_path))
+        return cls.from_transformers(hf, chat_template=chat_template, piece_split=piece_split, name=str(name_or_path))
+
+    @classmethod
+    def from_transformers(
+        cls,
+        hf_tokenizer: Any,
+        *,
+        chat_template: str | None = None,
+        piece_split: bool | None = None,
+        name: str | None = None,
+    ) -> Tokenizer:
+        """Wraps a loaded transformers fast tokenizer: same pipeline, template and special tokens."""
+        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ConfigError(f"{type(hf_tokenizer).__name__} has no fast (tokenizers) backend to compile")
+        special = {k: v for k, v in hf_tokenizer.special_tokens_map.items() if isinstance(v, str)}
+        template = chat_template
+        if template is None and getattr(hf_tokenizer, "chat_template", None):
+            template = hf_tokenizer.get_chat_template()
+        return cls(
+            backend.to_str(),
+            chat_template=template,
+            special_tokens=special,
+            piece_split=piece_split,
+            name=name or getattr(hf_tokenizer, "name_or_path", "<transformers>"),
+        )
+
+    @classmethod
+    def _from_files(cls, directory: Path, chat_template: str | None, piece_split: bool | None, name: str) -> Tokenizer:
         config = _read_json(directory / "tokenizer_config.json")
         extra = _read_json(directory / "special_tokens_map.json")
         special = {}
@@ -120,22 +168,9 @@ class Tokenizer:
                 value = _token_text(extra.get(key))
             if value is not None:
                 special[key] = value
-        tokenizer_json_path = directory / "tokenizer.json"
-        if tokenizer_json_path.is_file():
-            tokenizer_json = tokenizer_json_path.read_text(encoding="utf-8")
-        else:
-            # Only a slow (SentencePiece) tokenizer is saved: let transformers convert it, so the
-            # result is the fast tokenizer transformers itself would use.
-            from transformers import AutoTokenizer
-
-            hf = AutoTokenizer.from_pretrained(str(directory))
-            backend = getattr(hf, "backend_tokenizer", None) or getattr(hf, "_tokenizer", None)
-            if backend is None:
-                raise ConfigError(f"{directory} has no tokenizer.json and transformers could not build a fast tokenizer")
-            tokenizer_json = backend.to_str()
-            special = {k: v for k, v in hf.special_tokens_map.items() if isinstance(v, str)}
         template = chat_template if chat_template is not None else _chat_template(directory, config)
-        return cls(tokenizer_json, chat_template=template, special_tokens=special, piece_split=piece_split, name=str(name_or_path))
+        tokenizer_json = (directory / "tokenizer.json").read_text(encoding="utf-8")
+        return cls(tokenizer_json, chat_template=template, special_tokens=special, piece_split=piece_split, name=name)
 
     # --- special tokens -------------------------------------------------------------------
     @property

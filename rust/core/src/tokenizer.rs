@@ -254,11 +254,17 @@ mod tests {
         assert!(TextTokenizer::from_json(&metaspace_json(Some("a▁")), Some(true)).is_err());
     }
 
-    #[test]
-    fn the_direct_encoder_matches_the_crate_pipeline() {
+    const TRICKY: [&str; 14] = [
+        "ab ab  a b", " a", "a  ab b ", "abab</s> ab", "", "  ", "a▁b ▁ab", "é ab ü", "</s></s>a", "ab\n\n  ab",
+        "</s> a", "</s>a", "ü", " ü</s>",
+    ];
+
+    /// The test vocabulary with byte fallback and `</s>` as an added token, spaces handled by
+    /// `normalizer` and `pre_tokenizer`.
+    fn fallback_json(normalizer: serde_json::Value, pre_tokenizer: serde_json::Value) -> String {
         let mut json: serde_json::Value = serde_json::from_str(&metaspace_json(None)).unwrap();
-        json["normalizer"] = serde_json::json!({"type": "Sequence", "normalizers": [
-            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]});
+        json["normalizer"] = normalizer;
+        json["pre_tokenizer"] = pre_tokenizer;
         json["model"]["byte_fallback"] = serde_json::json!(true);
         let vocab = json["model"]["vocab"].as_object_mut().unwrap();
         for b in 0..=255u32 {
@@ -269,13 +275,30 @@ mod tests {
         vocab.insert("</s>".into(), serde_json::json!(n));
         json["added_tokens"].as_array_mut().unwrap().push(serde_json::json!(
             {"id": n, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}));
-        let json = json.to_string();
-        let fast = TextTokenizer::from_json(&json, None).unwrap();
-        let plain = TextTokenizer::from_json(&json, Some(false)).unwrap();
+        json.to_string()
+    }
+
+    fn assert_direct_encoder_matches(json: &str) {
+        let fast = TextTokenizer::from_json(json, None).unwrap();
+        let plain = TextTokenizer::from_json(json, Some(false)).unwrap();
         assert!(fast.fast_path() && !plain.fast_path());
-        for text in ["ab ab  a b", " a", "a  ab b ", "abab</s> ab", "", "  ", "a▁b ▁ab", "é ab ü", "</s></s>a", "ab\n\n  ab"] {
+        for text in TRICKY {
             assert_eq!(fast.encode(text, false).unwrap(), plain.encode(text, false).unwrap(), "{text:?}");
             assert_eq!(fast.encode(text, false).unwrap(), fast.encode(text, false).unwrap(), "cached {text:?}");
+        }
+    }
+
+    #[test]
+    fn the_direct_encoder_matches_the_crate_with_a_replace_normalizer() {
+        let replace = serde_json::json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"});
+        assert_direct_encoder_matches(&fallback_json(serde_json::json!({"type": "Sequence", "normalizers": [replace]}), serde_json::Value::Null));
+    }
+
+    #[test]
+    fn the_direct_encoder_matches_the_crate_with_a_metaspace_pre_tokenizer() {
+        for scheme in ["always", "first", "never"] {
+            let meta = serde_json::json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": scheme, "split": false});
+            assert_direct_encoder_matches(&fallback_json(serde_json::Value::Null, meta));
         }
     }
 

@@ -196,3 +196,26 @@ def test_trl_chat_templates_render_identically(tokenizer_dirs):
                         ours.apply_chat_template(messages, add_generation_prompt=gen)
                     continue
                 assert ours.apply_chat_template(messages, add_generation_prompt=gen) == ref, (path.name, gen)
+
+
+def test_prompt_completion_conversations_train_only_the_completion(tokenizer_pair):
+    hf, ours = tokenizer_pair
+    df = synthetic.prompt_completion(200, seed=13)
+    out = alignlib.prepare_sft(df, ours, max_length=None, packing=None)
+    for row, got_ids, got_labels in zip(df.iter_rows(named=True), out.table["input_ids"], out.table["labels"]):
+        full = hf.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+        prompt = hf.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+        assert full.startswith(prompt)
+        enc = hf(full, add_special_tokens=False, return_offsets_mapping=True)
+        labels = [t if start >= len(prompt) else -100 for t, (start, _) in zip(enc["input_ids"], enc["offset_mapping"])]
+        assert got_ids.to_list() == enc["input_ids"]
+        assert got_labels.to_list() == [-100] + labels[1:]
+
+
+def test_plain_text_rows_get_special_tokens_and_eos(tokenizer_pair):
+    hf, ours = tokenizer_pair
+    df = synthetic.texts(200, seed=14)
+    out = alignlib.prepare_sft(df, ours, max_length=None, packing=None)
+    for text, got in zip(df["text"], out.table["input_ids"]):
+        ids = hf(text)["input_ids"]
+        assert got.to_list() == (ids if ids[-1] == hf.eos_token_id else ids + [hf.eos_token_id])

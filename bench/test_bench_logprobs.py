@@ -30,28 +30,10 @@ import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PYDIR = ROOT / "python"
 
-_LOADER_SRC = textwrap.dedent(
-    f"""
-    import importlib, sys, types
-    sys.path.insert(0, {str(PYDIR)!r})
-    def _load(sub):
-        # alignlib.<sub>; if alignlib/__init__ cannot import (native extension not built), load the subpackage alone
-        try:
-            return importlib.import_module("alignlib." + sub)
-        except ImportError:
-            if "alignlib" in sys.modules and hasattr(sys.modules["alignlib"], "__path__"):
-                raise
-            pkg = types.ModuleType("alignlib")
-            pkg.__path__ = [{str(PYDIR / "alignlib")!r}]
-            sys.modules["alignlib"] = pkg
-            return importlib.import_module("alignlib." + sub)
-    """
-)
-_ns: dict = {}
-exec(_LOADER_SRC, _ns)
-kernels = _ns["_load"]("kernels")
+# Subprocess scripts (fresh interpreters for clean peak-memory readings) load modules with `_load`.
+_LOADER_SRC = "import importlib\ndef _load(sub):\n    return importlib.import_module('alignlib.' + sub)\n"
+from alignlib import kernels  # noqa: E402
 
 CPU_N, CPU_H, CPU_V = 8192, 256, 32000
 MEMORY_GOAL = 0.10  # chunked peak extra memory / naive peak extra memory

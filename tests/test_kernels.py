@@ -17,49 +17,19 @@ import pathlib
 import subprocess
 import sys
 import textwrap
-import types
 
 import pytest
 import torch
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-PYDIR = ROOT / "python"
 
 
-def _load(sub: str):
-    """``alignlib.<sub>``; if ``alignlib/__init__`` cannot import (native extension not built), load the pure-Python
-    subpackage on its own so these tests still exercise it."""
-    try:
-        return importlib.import_module(f"alignlib.{sub}")
-    except ImportError:
-        if "alignlib" in sys.modules and hasattr(sys.modules["alignlib"], "__path__"):
-            raise
-        pkg = types.ModuleType("alignlib")
-        pkg.__path__ = [str(PYDIR / "alignlib")]
-        sys.modules["alignlib"] = pkg
-        return importlib.import_module(f"alignlib.{sub}")
-
-
-kernels = _load("kernels")
+kernels = importlib.import_module("alignlib.kernels")
 linear_logprobs = kernels.linear_logprobs
 
 # Same loader for subprocesses (prepended to their scripts).
-_LOADER_SRC = textwrap.dedent(
-    f"""
-    import importlib, sys, types
-    sys.path.insert(0, {str(PYDIR)!r})
-    def _load(sub):
-        try:
-            return importlib.import_module("alignlib." + sub)
-        except ImportError:
-            if "alignlib" in sys.modules and hasattr(sys.modules["alignlib"], "__path__"):
-                raise
-            pkg = types.ModuleType("alignlib")
-            pkg.__path__ = [{str(PYDIR / "alignlib")!r}]
-            sys.modules["alignlib"] = pkg
-            return importlib.import_module("alignlib." + sub)
-    """
-)
+# Subprocess scripts (fresh interpreters, e.g. with TRITON_INTERPRET=1) load modules with `_load`.
+_LOADER_SRC = "import importlib\ndef _load(sub):\n    return importlib.import_module('alignlib.' + sub)\n"
 
 
 def _run_py(script: str, env_extra: dict | None = None, timeout: float = 300, args: tuple = ()) -> dict:

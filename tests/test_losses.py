@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import pathlib
-import sys
 import types
 from collections import defaultdict
 
@@ -26,21 +24,7 @@ trl_cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
 trl_orpo = pytest.importorskip("trl.experimental.orpo.orpo_trainer")
 
 
-def _load(sub: str):
-    """``alignlib.<sub>``; if ``alignlib/__init__`` cannot import (native extension not built), load the pure-Python
-    subpackage on its own so these tests still exercise it."""
-    try:
-        return importlib.import_module(f"alignlib.{sub}")
-    except ImportError:
-        if "alignlib" in sys.modules and hasattr(sys.modules["alignlib"], "__path__"):
-            raise
-        pkg = types.ModuleType("alignlib")
-        pkg.__path__ = [str(pathlib.Path(__file__).resolve().parents[1] / "python" / "alignlib")]
-        sys.modules["alignlib"] = pkg
-        return importlib.import_module(f"alignlib.{sub}")
-
-
-losses_mod = _load("losses")
+losses_mod = importlib.import_module("alignlib.losses")
 dpo_loss = losses_mod.dpo_loss
 
 SEEDS = [0, 1, 2]

@@ -36,8 +36,10 @@ def _frame(data: Any) -> pl.DataFrame:
         return pl.from_arrow(data)  # type: ignore[return-value]
     if isinstance(data, list):
         return pl.DataFrame(data)
-    if hasattr(data, "to_arrow"):  # datasets.Dataset
-        return pl.from_arrow(data.to_arrow() if callable(data.to_arrow) else data.data.table)  # type: ignore[return-value]
+    if callable(getattr(data, "to_polars", None)):  # datasets.Dataset, pandas-likes
+        return data.to_polars()
+    if callable(getattr(data, "to_arrow", None)):
+        return pl.from_arrow(data.to_arrow())  # type: ignore[return-value]
     try:
         return pl.DataFrame(data)
     except Exception as exc:

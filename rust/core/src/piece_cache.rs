@@ -147,7 +147,7 @@ impl PieceEncoder {
         let mut start = 0;
         if let Some(trie) = &self.added {
             for m in trie.leftmost_find_iter(text) {
-                self.encode_segment(&text[start..m.start()], start, ids, offsets.as_deref_mut())?;
+                self.encode_segment(&text[start..m.start()], start, true, ids, offsets.as_deref_mut())?;
                 ids.push(m.value());
                 if let Some(o) = offsets.as_deref_mut() {
                     o.push((m.start(), m.end()));
@@ -155,13 +155,51 @@ impl PieceEncoder {
                 start = m.end();
             }
         }
-        self.encode_segment(&text[start..], start, ids, offsets)
+        self.encode_segment(&text[start..], start, true, ids, offsets)
     }
 
+    /// The ids that `encode(text)` gives after byte `from`, when `from` is a clean boundary:
+    /// not inside an added token, and either a segment edge or the start of a piece. Then
+    /// `encode(text)` is exactly `encode(&text[..from])` followed by these ids (the tokens
+    /// before `from` do not depend on what follows), so a prompt shared by several completions
+    /// is tokenized once. `None` when `from` is not such a boundary.
+    pub fn encode_after(&self, text: &str, from: usize) -> Result<Option<Vec<u32>>, String> {
+        let mut ids = Vec::new();
+        let mut start = 0;
+        let matches: Vec<(usize, usize, u32)> = match &self.added {
+            Some(trie) => trie.leftmost_find_iter(text).map(|m| (m.start(), m.end(), m.value())).collect(),
+            None => Vec::new(),
+        };
+        for (ms, me, id) in matches.into_iter().chain(std::iter::once((text.len(), text.len(), u32::MAX))) {
+            // the segment [start, ms) then the added token [ms, me)
+            if ms > from && start < from {
+                let (before, after) = (&text[start..from], &text[from..ms]);
+                let piece_start = after.starts_with([' ', '▁']) && !before.ends_with([' ', '▁']);
+                if !piece_start {
+                    return Ok(None);
+                }
+                // Mid-segment: no `▁` is prepended there in the full text.
+                self.encode_segment(after, from, false, &mut ids, None)?;
+            } else if start >= from {
+                self.encode_segment(&text[start..ms], start, true, &mut ids, None)?;
+            }
+            if ms < from && me > from {
+                return Ok(None); // an added token straddles the boundary
+            }
+            if ms >= from && id != u32::MAX {
+                ids.push(id);
+            }
+            start = me;
+        }
+        Ok(Some(ids))
+    }
+
+    /// `may_prepend`: false for the tail of a segment that started earlier in the text.
     fn encode_segment(
         &self,
         segment: &str,
         base: usize,
+        may_prepend: bool,
         ids: &mut Vec<u32>,
         mut offsets: Option<&mut Vec<(usize, usize)>>,
     ) -> Result<(), String> {
@@ -171,7 +209,8 @@ impl PieceEncoder {
         // Metaspace prepends `▁` unless the segment already starts with one (a space, after
         // replacement); `first` only for the segment that starts the text.
         let starts_with_space = segment.starts_with(' ') || segment.starts_with('▁');
-        let mut prepend = !starts_with_space
+        let mut prepend = may_prepend
+            && !starts_with_space
             && match self.prepend {
                 Prepend::Never => false,
                 Prepend::First => base == 0,

@@ -131,6 +131,13 @@ impl ChatTokenizer {
                 .encode_ids(text, special)
                 .map_err(|e| Issue::new(IssueKind::Tokenizer, field, format!("tokenizer failed: {e}")))
         };
+        if full.starts_with(prompt_text) {
+            // The direct encoder can continue the prompt's tokens without re-tokenizing them.
+            let after = self.text.encode_ids_after(full, prompt_text.len(), add_special_tokens);
+            if let Some(ids) = after.map_err(|e| Issue::new(IssueKind::Tokenizer, field, format!("tokenizer failed: {e}")))? {
+                return Ok((ids, false));
+            }
+        }
         let ids = encode(full, add_special_tokens)?;
         if ids.starts_with(prompt_ids) {
             return Ok((ids[prompt_ids.len()..].to_vec(), false));

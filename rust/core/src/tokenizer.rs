@@ -198,6 +198,15 @@ impl TextTokenizer {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// The ids `encode_ids(text)` gives after byte `from`, when the direct encoder can prove that
+    /// `encode_ids(&text[..from])` is exactly the part before (see `PieceEncoder::encode_after`).
+    pub fn encode_ids_after(&self, text: &str, from: usize, add_special_tokens: bool) -> Result<Option<Vec<u32>>, String> {
+        match self.fast_for(add_special_tokens) {
+            Some(fast) if text.is_char_boundary(from) => fast.encode_after(text, from),
+            _ => Ok(None),
+        }
+    }
+
     /// Ids of many texts, in parallel on the alignlib pool.
     pub fn encode_batch_ids(&self, texts: &[String], add_special_tokens: bool) -> Result<Vec<Vec<u32>>, String> {
         use rayon::prelude::*;
@@ -286,6 +295,32 @@ mod tests {
             assert_eq!(fast.encode(text, false).unwrap(), plain.encode(text, false).unwrap(), "{text:?}");
             assert_eq!(fast.encode(text, false).unwrap(), fast.encode(text, false).unwrap(), "cached {text:?}");
         }
+    }
+
+    #[test]
+    fn encoding_after_a_clean_boundary_continues_the_prefix() {
+        let replace = serde_json::json!({"type": "Replace", "pattern": {"String": " "}, "content": "▁"});
+        let meta = |scheme: &str| serde_json::json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": scheme, "split": false});
+        let variants = [
+            fallback_json(replace, serde_json::Value::Null),
+            fallback_json(serde_json::Value::Null, meta("always")),
+            fallback_json(serde_json::Value::Null, meta("first")),
+        ];
+        let mut clean = 0;
+        for json in &variants {
+            let tok = TextTokenizer::from_json(json, None).unwrap();
+            for text in TRICKY {
+                let full = tok.encode_ids(text, false).unwrap();
+                for from in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+                    if let Some(after) = tok.encode_ids_after(text, from, false).unwrap() {
+                        let before = tok.encode_ids(&text[..from], false).unwrap();
+                        assert_eq!([before, after].concat(), full, "{text:?} at {from}");
+                        clean += 1;
+                    }
+                }
+            }
+        }
+        assert!(clean > 50, "too few clean boundaries exercised: {clean}");
     }
 
     #[test]

@@ -57,15 +57,21 @@ fn le_i32(bytes: &[u8]) -> Vec<i32> {
     bytes.chunks_exact(4).map(|c| i32::from_le_bytes(c.try_into().unwrap())).collect()
 }
 
-fn to_bytes<'py, T: Copy, const N: usize>(py: Python<'py>, values: &[T], f: impl Fn(T) -> [u8; N]) -> Bound<'py, PyBytes> {
-    let mut out = Vec::with_capacity(values.len() * N);
-    for &v in values {
-        out.extend_from_slice(&f(v));
-    }
-    PyBytes::new(py, &out)
+/// Little-endian bytes of `values`, written straight into a new bytes object (one copy).
+fn to_bytes<'py, T: Copy, const N: usize>(
+    py: Python<'py>,
+    values: &[T],
+    f: impl Fn(T) -> [u8; N],
+) -> PyResult<Bound<'py, PyBytes>> {
+    PyBytes::new_with(py, values.len() * N, |buf| {
+        for (chunk, &v) in buf.chunks_exact_mut(N).zip(values) {
+            chunk.copy_from_slice(&f(v));
+        }
+        Ok(())
+    })
 }
 
-fn usize_bytes<'py>(py: Python<'py>, values: &[usize]) -> Bound<'py, PyBytes> {
+fn usize_bytes<'py>(py: Python<'py>, values: &[usize]) -> PyResult<Bound<'py, PyBytes>> {
     to_bytes(py, values, |v| (v as i64).to_le_bytes())
 }
 
@@ -246,7 +252,7 @@ impl NativeTokenizer {
             values.extend_from_slice(ids);
             offsets.push(values.len());
         }
-        Ok((to_bytes(py, &values, u32::to_le_bytes), usize_bytes(py, &offsets)))
+        Ok((to_bytes(py, &values, u32::to_le_bytes)?, usize_bytes(py, &offsets)?))
     }
 }
 
@@ -269,12 +275,12 @@ fn parse_overflow(overflow: &str) -> PyResult<core::Overflow> {
 
 fn packed_dict<'py>(py: Python<'py>, packed: &core::Packed) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("input_ids", to_bytes(py, &packed.ids, u32::to_le_bytes))?;
-    d.set_item("labels", to_bytes(py, &packed.labels, i32::to_le_bytes))?;
-    d.set_item("position_ids", to_bytes(py, &packed.position_ids, i32::to_le_bytes))?;
-    d.set_item("row_offsets", usize_bytes(py, &packed.row_offsets))?;
-    d.set_item("seq_lengths", to_bytes(py, &packed.seq_lengths, i32::to_le_bytes))?;
-    d.set_item("seq_offsets", usize_bytes(py, &packed.seq_offsets))?;
+    d.set_item("input_ids", to_bytes(py, &packed.ids, u32::to_le_bytes)?)?;
+    d.set_item("labels", to_bytes(py, &packed.labels, i32::to_le_bytes)?)?;
+    d.set_item("position_ids", to_bytes(py, &packed.position_ids, i32::to_le_bytes)?)?;
+    d.set_item("row_offsets", usize_bytes(py, &packed.row_offsets)?)?;
+    d.set_item("seq_lengths", to_bytes(py, &packed.seq_lengths, i32::to_le_bytes)?)?;
+    d.set_item("seq_offsets", usize_bytes(py, &packed.seq_offsets)?)?;
     let s = &packed.stats;
     let stats = PyDict::new(py);
     for (k, v) in [
@@ -392,10 +398,10 @@ fn prepare_preferences<'py>(
         .map_err(|e| row_error(py, e))?;
     let d = PyDict::new(py);
     for (name, lists) in [("prompt", &table.prompt), ("chosen", &table.chosen), ("rejected", &table.rejected)] {
-        d.set_item(format!("{name}_ids"), to_bytes(py, &lists.values, u32::to_le_bytes))?;
-        d.set_item(format!("{name}_offsets"), usize_bytes(py, &lists.offsets))?;
+        d.set_item(format!("{name}_ids"), to_bytes(py, &lists.values, u32::to_le_bytes)?)?;
+        d.set_item(format!("{name}_offsets"), usize_bytes(py, &lists.offsets)?)?;
     }
-    d.set_item("rows", to_bytes(py, &table.rows, u32::to_le_bytes))?;
+    d.set_item("rows", to_bytes(py, &table.rows, u32::to_le_bytes)?)?;
     let s = &table.stats;
     let stats = PyDict::new(py);
     for (k, v) in [

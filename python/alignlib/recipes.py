@@ -469,11 +469,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 # Loading
 # ---------------------------------------------------------------------------------------------
 def recipes_dir() -> Path:
-    """The shipped recipes: $ALIGNLIB_RECIPES, else <repository>/recipes next to python/."""
+    """The shipped recipes: $ALIGNLIB_RECIPES, else the package's copy (in a checkout,
+    alignlib/assets/recipes is a link to the repository's recipes/; wheels carry the files)."""
     env = os.environ.get(RECIPES_DIR_ENV)
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "recipes"
+    return Path(__file__).resolve().parent / "assets" / "recipes"
 
 
 def demo_recipe_path() -> Path:

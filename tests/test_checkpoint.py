@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -26,17 +28,33 @@ def train_records(out) -> list[dict]:
         return [r for r in map(json.loads, f) if r["split"] == "train"]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_worker(out, hang_at: int = 0, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, WORKER, str(out), str(hang_at), *extra], env=ENV,
+    env = ENV
+    if "--deepspeed" in extra:  # one rank, started directly (no launcher), so SIGKILL hits the trainer itself
+        env = {**ENV, "DS_ACCELERATOR": "cpu", "CUDA_VISIBLE_DEVICES": "", "RANK": "0", "LOCAL_RANK": "0",
+               "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+               "MASTER_PORT": str(free_port()),
+               # the CPU accelerator JIT-builds a small op with the venv's ninja
+               "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")])}
+    return subprocess.Popen([sys.executable, WORKER, str(out), str(hang_at), *extra], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
 
 
-def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("engine", ["torch", "deepspeed"])
+def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted_run(tmp_path, engine):
     full, crashed = tmp_path / "full", tmp_path / "crashed"
-    uninterrupted = run_worker(full)
+    flags = ("--deepspeed",) if engine == "deepspeed" else ()
+    uninterrupted = run_worker(full, 0, *flags)
 
-    victim = run_worker(crashed, 6)  # checkpoint at step 4, killed while inside step 6
-    assert victim.stdout.readline().strip() == "HANGING"
+    victim = run_worker(crashed, 6, *flags)  # checkpoint at step 4, killed while inside step 6
+    # DeepSpeed also prints to stdout: wait for the marker line (or EOF, if the worker died).
+    assert next((line.strip() for line in victim.stdout if line.strip() == "HANGING"), None) == "HANGING"
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
@@ -48,7 +66,7 @@ def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted_run(tmp_path)
     (torn / "engine_state.pt").write_bytes(b"\0garbage")
     assert latest_checkpoint(crashed).endswith("step-00000004")
 
-    resumed = run_worker(crashed, 0, "--resume")
+    resumed = run_worker(crashed, 0, "--resume", *flags)
     assert resumed.wait(timeout=240) == 0 and uninterrupted.wait(timeout=240) == 0
 
     want, got = train_records(full), train_records(crashed)
@@ -58,7 +76,10 @@ def test_sigkill_after_checkpoint_then_resume_equals_uninterrupted_run(tmp_path)
     final_full, final_resumed = load_file(full / "model.safetensors"), load_file(crashed / "model.safetensors")
     for name, tensor in final_full.items():
         assert torch.equal(final_resumed[name], tensor), name
-    assert json.load(open(crashed / "report.json"))["resumed_from_step"] == 4
+    report = json.load(open(crashed / "report.json"))
+    assert report["resumed_from_step"] == 4
+    if engine == "deepspeed":
+        assert report["engine"]["zero_stage"] == 2
     assert not torn.exists() and [s for s, _ in list_checkpoints(crashed)] == [4, 8]
 
 

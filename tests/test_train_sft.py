@@ -166,3 +166,14 @@ def test_lora_from_a_local_checkpoint_trains_adapters_and_exports_a_merged_model
     # LoRA leaves embeddings and norms alone and moves the adapted projections (merged at export).
     assert torch.equal(merged["model.embed_tokens.weight"], base["model.embed_tokens.weight"])
     assert (merged["model.layers.0.mlp.down_proj.weight"] - base["model.layers.0.mlp.down_proj.weight"]).abs().max() > 0
+
+
+def test_rows_an_incomplete_last_global_batch_leaves_out_are_reported(tmp_path):
+    """10 rows in global batches of 4: each epoch trains 8 and leaves 2 out — counted, not silent."""
+    out = tmp_path / "run"
+    result = train_sft(sft_table(10, seed=3), tiny_llama(), quick(max_steps=-1, num_train_epochs=2, micro_batch_size=2,
+                                                                   gradient_accumulation_steps=2),
+                       output_dir=str(out))
+    batching = json.load(open(out / "report.json"))["batching"]
+    assert batching == {"rows": 10, "steps": 4, "epochs_touched": 2, "rows_left_out_per_epoch": [2, 2]}
+    assert result.global_step == 4 and result.report["batching"] == batching

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -161,7 +162,8 @@ class StepPlan:
     world size. Rows: ``micro_batch_size`` rows per micro-batch. Tokens: rows are added greedily
     (in shuffled order) while the micro-batch stays within ``micro_batch_tokens`` (packed: sum of
     lengths; padded: rows × longest row); a longer row travels alone. The incomplete last global
-    batch of an epoch is dropped.
+    batch of an epoch is left out (every rank must run the same number of micro-batches); how many
+    rows that leaves out is counted in ``summary()``, which goes into the run report.
     """
 
     lengths: np.ndarray
@@ -214,6 +216,18 @@ class StepPlan:
 
     def steps_in_epoch(self, epoch: int) -> int:
         return len(self._epoch(epoch))
+
+    def rows_left_out(self, epoch: int) -> int:
+        """Rows of `epoch` that are in no global batch (the incomplete last one)."""
+        used = sum(len(micro) for step in self._epoch(epoch) for micro in step)
+        return len(self.lengths) - used
+
+    def summary(self) -> dict[str, Any]:
+        """For the run report: steps, and the rows each epoch that training touches left out."""
+        last_epoch = self.locate(self.total_steps - 1)[0] if self.total_steps > 0 else 0
+        left_out = [self.rows_left_out(e) for e in range(last_epoch + 1)]
+        return {"rows": len(self.lengths), "steps": self.total_steps, "epochs_touched": last_epoch + 1,
+                "rows_left_out_per_epoch": left_out}
 
     @cached_property
     def total_steps(self) -> int:

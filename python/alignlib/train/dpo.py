@@ -102,7 +102,7 @@ def train_dpo(
             session.log_eval(step + 1, evaluate_dpo(engine, eval_table, reference, config))
 
     return session.finish(tokenizer=tokenizer, data_report=data_report,
-                          extra={"reference": None if reference is None else {
+                          extra={"batching": plan.summary(), "reference": None if reference is None else {
                               "precomputed": config.precompute_ref_log_probs, "cache_files": reference.cache_files}})
 
 

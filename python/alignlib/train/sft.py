@@ -62,7 +62,7 @@ def train_sft(
         if eval_table is not None and session.eval_due(step + 1):
             session.log_eval(step + 1, evaluate_sft(engine, eval_table, config))
 
-    return session.finish(tokenizer=tokenizer, data_report=data_report)
+    return session.finish(tokenizer=tokenizer, data_report=data_report, extra={"batching": plan.summary()})
 
 
 @torch.no_grad()

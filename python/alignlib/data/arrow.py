@@ -26,17 +26,22 @@ def _validity(arr: pa.Array) -> bytes | None:
     return bits[arr.offset : arr.offset + len(arr)].tobytes()
 
 
+def offsets(arr: pa.Array) -> np.ndarray:
+    """The int64 offsets of a large_string or large_list array, honouring its slice offset."""
+    return np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+
+
 def _strings(arr: pa.Array) -> tuple[bytes, bytes, bytes | None]:
     """(int64 offsets, utf-8 data, validity) of a string array."""
     if not pa.types.is_large_string(arr.type):
         arr = arr.cast(pa.large_string())
-    _, offsets_buf, data_buf = arr.buffers()
-    offsets = np.frombuffer(offsets_buf, dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data_buf = arr.buffers()[2]
     data = data_buf.to_pybytes() if data_buf is not None else b""
-    return offsets.tobytes(), data, _validity(arr)
+    return offsets(arr).tobytes(), data, _validity(arr)
 
 
-def _to_arrow(series: pl.Series) -> pa.Array:
+def to_arrow(series: pl.Series) -> pa.Array:
+    """One contiguous Arrow array (large types) for a polars series."""
     arr = series.to_arrow(compat_level=pl.CompatLevel.oldest())
     if isinstance(arr, pa.ChunkedArray):
         arr = arr.combine_chunks()
@@ -55,7 +60,7 @@ def raw_column(series: pl.Series, field: str) -> tuple[Any, ...]:
     """("text", strings) for a string column, ("chat", ...) for a list of {role, content}."""
     dtype = series.dtype
     if dtype == pl.String:
-        return ("text", _strings(_to_arrow(series)))
+        return ("text", _strings(to_arrow(series)))
     if is_chat_dtype(dtype):
         for f in dtype.inner.fields:
             if f.name in MESSAGE_FIELDS and f.dtype not in (pl.String, pl.Null):
@@ -79,15 +84,14 @@ def raw_column(series: pl.Series, field: str) -> tuple[Any, ...]:
                     f"{field}[].{name}",
                     "invalid_value",
                 )
-        arr = _to_arrow(series)
+        arr = to_arrow(series)
         if not pa.types.is_large_list(arr.type):
             arr = arr.cast(pa.large_list(arr.type.value_type))
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
         structs: pa.StructArray = arr.values
         children = dict(zip([f.name for f in structs.type], structs.flatten()))
         return (
             "chat",
-            offsets.tobytes(),
+            offsets(arr).tobytes(),
             _validity(arr),
             _validity(structs),
             _strings(children["role"]),

@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow as pa
 
 from alignlib import _native
-from alignlib.data.arrow import is_chat_dtype, list_series, raw_column
+from alignlib.data.arrow import is_chat_dtype, list_series, offsets, raw_column, to_arrow
 from alignlib.data.report import Prepared, Report
 from alignlib.errors import ConfigError, DataError
 from alignlib.tokenizer import Tokenizer
@@ -192,24 +192,22 @@ def pack(
         raise DataError(f"no `input_ids` column in {df.columns}", None, "input_ids", "invalid_value")
 
     def flat(name: str, dtype: pa.DataType) -> tuple[bytes, bytes]:
-        arr = df.get_column(name).to_arrow(compat_level=pl.CompatLevel.oldest())
-        if isinstance(arr, pa.ChunkedArray):
-            arr = arr.combine_chunks()
+        arr = to_arrow(df.get_column(name))
         if arr.null_count:
             raise DataError(f"column `{name}` has null rows", None, name, "missing_value")
         arr = arr.cast(pa.large_list(dtype))
-        offsets = np.frombuffer(arr.buffers()[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+        bounds = offsets(arr)
         values = np.asarray(arr.values.to_numpy(zero_copy_only=False), dtype=dtype.to_pandas_dtype())
-        return values[offsets[0] : offsets[-1]].tobytes(), (offsets - offsets[0]).tobytes()
+        return values[bounds[0] : bounds[-1]].tobytes(), (bounds - bounds[0]).tobytes()
 
-    ids, offsets = flat("input_ids", pa.uint32())
+    ids, id_offsets = flat("input_ids", pa.uint32())
     labels = None
     if "labels" in df.columns:
         labels, label_offsets = flat("labels", pa.int32())
-        if label_offsets != offsets:
+        if label_offsets != id_offsets:
             raise DataError("`labels` and `input_ids` differ in length in some row", None, "labels", "invalid_value")
     start = time.perf_counter()
-    out = _native.pack(ids, offsets, labels, max_length=max_length, packing=strategy, overflow=overflow)
+    out = _native.pack(ids, id_offsets, labels, max_length=max_length, packing=strategy, overflow=overflow)
     seconds = time.perf_counter() - start
     report = Report(
         kind="pack",

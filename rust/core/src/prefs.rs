@@ -10,7 +10,7 @@ use rayon::prelude::*;
 use crate::columns::{Cell, Column};
 use crate::error::{Issue, IssueKind, RowError};
 use crate::pool;
-use crate::sft::ChatTokenizer;
+use crate::sft::{common_prefix_len, ChatTokenizer};
 use crate::template::Message;
 
 #[derive(Debug, Clone, Copy)]
@@ -142,16 +142,7 @@ impl ChatTokenizer {
         if ids.starts_with(prompt_ids) {
             return Ok((ids[prompt_ids.len()..].to_vec(), false));
         }
-        let boundary = if full.starts_with(prompt_text) {
-            prompt_text.len()
-        } else {
-            full.char_indices()
-                .zip(prompt_text.chars())
-                .take_while(|((_, a), b)| a == b)
-                .last()
-                .map_or(0, |((i, c), _)| i + c.len_utf8())
-        };
-        Ok((encode(&full[boundary..], false)?, true))
+        Ok((encode(&full[common_prefix_len(full, prompt_text)..], false)?, true))
     }
 
     /// Tokenizes one pair (before length limits).

@@ -200,7 +200,8 @@ fn describe(e: &minijinja::Error) -> String {
     }
 }
 
-fn common_prefix_len(a: &str, b: &str) -> usize {
+/// Byte length of the longest common prefix of `a` and `b` (on character boundaries).
+pub(crate) fn common_prefix_len(a: &str, b: &str) -> usize {
     a.char_indices().zip(b.chars()).take_while(|((_, x), y)| x == y).last().map_or(0, |((i, c), _)| i + c.len_utf8())
 }
 

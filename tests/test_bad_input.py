@@ -166,3 +166,13 @@ def test_errors_survive_pickling():
 
     err = pickle.loads(pickle.dumps(DataError("row 3, field `x`: bad", 3, "x", "invalid_value")))
     assert (err.row, err.field, err.reason) == (3, "x", "invalid_value")
+
+
+def test_an_unreachable_hub_tokenizer_fails_fast_and_names_it(monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(alignlib.ConfigError, match="some-org/no-such-model.*HF_HUB_OFFLINE"):
+        alignlib.Tokenizer.from_pretrained("some-org/no-such-model")
+    assert time.perf_counter() - start < 10

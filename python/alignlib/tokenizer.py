@@ -46,22 +46,17 @@ def _resolve_dir(name_or_path: str | os.PathLike[str], revision: str | None) -> 
     path = Path(name_or_path)
     if path.is_dir():
         return path
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        # Fail fast: never wait on a network that is switched off.
-        from huggingface_hub import snapshot_download
-
-        try:
-            return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=_TOKENIZER_FILES, local_files_only=True))
-        except Exception as exc:
-            raise ConfigError(f"tokenizer {str(name_or_path)!r} is not a local directory and HF_HUB_OFFLINE=1 "
-                              f"with no cached copy: {exc}") from exc
     from huggingface_hub import snapshot_download
 
+    # Offline, only a cached copy will do: fail fast rather than wait on a network that is off.
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
     try:
-        return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=_TOKENIZER_FILES, etag_timeout=10))
+        return Path(snapshot_download(str(name_or_path), revision=revision, allow_patterns=_TOKENIZER_FILES,
+                                      local_files_only=offline, etag_timeout=10))
     except Exception as exc:
-        raise ConfigError(f"cannot load tokenizer {str(name_or_path)!r}: not a local directory, and the hub "
-                          f"download failed ({type(exc).__name__}: {exc})") from exc
+        why = "HF_HUB_OFFLINE is set and there is no cached copy" if offline else "the hub download failed"
+        raise ConfigError(f"cannot load tokenizer {str(name_or_path)!r}: not a local directory, and {why} "
+                          f"({type(exc).__name__}: {exc})") from exc
 
 
 def _chat_template(directory: Path, config: Mapping[str, Any]) -> str | None:
